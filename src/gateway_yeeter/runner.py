@@ -1,0 +1,47 @@
+"""Start-up of ``serve``: certificates first, then the event loop, with errors as exit codes."""
+
+from __future__ import annotations
+
+import logging
+
+import uvloop
+
+from gateway_yeeter.config import ServeSettings
+from gateway_yeeter.metrics import Metrics
+from gateway_yeeter.server import serve
+from gateway_yeeter.tls import CertificateError, ServingCertificate, load_pair, write_self_signed
+
+logger = logging.getLogger(__name__)
+
+EXIT_CONFIGURATION = 2
+
+
+def load_certificate(settings: ServeSettings) -> ServingCertificate:
+    """Load the configured pair, or generate one when ``--self-signed`` asks for it."""
+    if not settings.self_signed:
+        return load_pair(settings.tls_cert_file, settings.tls_private_key_file)
+
+    files = write_self_signed(settings.self_signed_dir)
+    logger.warning(
+        "serving a self-signed certificate for local use; trust its CA with "
+        "curl --cacert %s", files.ca_file,
+    )
+    return load_pair(files.cert_file, files.key_file)
+
+
+def run_server(settings: ServeSettings) -> int:
+    """Run the webhook until it has drained; the process exit code."""
+    try:
+        certificate = load_certificate(settings)
+    except CertificateError as error:
+        logger.error("cannot start: %s", error)
+        return EXIT_CONFIGURATION
+
+    logger.info(
+        "serving certificate loaded: serial %x, names %s, expires %s",
+        certificate.serial_number,
+        ",".join(certificate.subject_names) or "(none)",
+        certificate.not_after.isoformat(),
+    )
+    uvloop.run(serve(settings, certificate, Metrics()))
+    return 0
