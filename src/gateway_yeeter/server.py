@@ -260,12 +260,13 @@ class WebhookProtocol(HttpToolsProtocol):
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
-        if self._awaiting_headers:
+        super().data_received(data)
+
+        # Counted after parsing, so that a body arriving with its headers is not counted.
+        if self._awaiting_headers and not self.transport.is_closing():
             self._header_bytes += len(data)
             if self._header_bytes > self.max_header_bytes:
                 self._refuse_headers()
-                return
-        super().data_received(data)
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
