@@ -24,7 +24,7 @@ PLAN_LABELS = {
 
 def _owner(kind: str, name: str) -> dict[str, Any]:
     return {
-        "apiVersion": "forklift.konveyor.io/v1beta1" if kind == "Plan" else "cdi.kubevirt.io/v1beta1",
+        "apiVersion": "forklift.konveyor.io/v1beta1",
         "kind": kind,
         "name": name,
         "uid": str(uuid.uuid5(uuid.NAMESPACE_URL, name)),
@@ -89,7 +89,8 @@ def cdi_importer_pod(networks: str | None = FORKLIFT_NETWORKS, *, forklift: bool
 ):
     """A CDI importer pod; with ``forklift`` it carries the PVC's Forklift plan labels."""
     labels = {"app": "containerized-data-importer", "cdi.kubevirt.io": "importer",
-              "app.kubernetes.io/component": "storage", "app.kubernetes.io/managed-by": "cdi-controller"}
+              "app.kubernetes.io/component": "storage",
+              "app.kubernetes.io/managed-by": "cdi-controller"}
     if forklift:
         labels |= PLAN_LABELS
     annotations = {NETWORKS: networks} if networks is not None else {}
@@ -119,7 +120,8 @@ def cdi_importer_pod(networks: str | None = FORKLIFT_NETWORKS, *, forklift: bool
                         {"name": "IMPORTER_BACKING_FILE", "value": "[datastore1] wh-db/wh-db.vmdk"},
                         {"name": "IMPORTER_THUMBPRINT", "value": "AB:CD:EF:01:23"},
                     ],
-                    "volumeDevices": [{"name": "cdi-data-vol", "devicePath": "/dev/cdi-block-volume"}],
+                    "volumeDevices": [{"name": "cdi-data-vol",
+                                       "devicePath": "/dev/cdi-block-volume"}],
                 }
             ],
             "volumes": [{"name": "cdi-data-vol",

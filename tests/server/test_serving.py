@@ -27,7 +27,7 @@ from tests.pods import (
     unrelated_pod,
     virt_v2v_pod,
 )
-from tests.webhook import SNI, apiserver_client, apply_answer, post_review
+from tests.webhook import SNI, WebhookProcess, apiserver_client, apply_answer, post_review
 
 
 @pytest.fixture
@@ -250,8 +250,6 @@ def test_bad_flags_stop_start_up_with_a_clear_error(
 def test_flags_can_come_from_the_environment(
     tmp_path: Path, secret_volume: SecretVolume, authority: Authority
 ) -> None:
-    from tests.webhook import WebhookProcess
-
     env = {**os.environ,
            "GATEWAY_YEETER_TLS_CERT_FILE": str(secret_volume.cert_file),
            "GATEWAY_YEETER_TLS_PRIVATE_KEY_FILE": str(secret_volume.key_file),
@@ -266,8 +264,6 @@ def test_flags_can_come_from_the_environment(
 
 
 def test_self_signed_mode_writes_a_ca_that_trusts_the_server(tmp_path: Path) -> None:
-    from tests.webhook import WebhookProcess
-
     with WebhookProcess(tmp_path / "self.log", "--self-signed", "--self-signed-dir",
                         str(tmp_path / "self")) as process:
         ca_file = tmp_path / "self" / "ca.crt"

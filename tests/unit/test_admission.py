@@ -110,7 +110,8 @@ def test_a_second_invocation_changes_nothing() -> None:
 @pytest.mark.parametrize(
     ("pod", "outcome"),
     [
-        pytest.param(cdi_importer_pod(forklift=False), Outcome.IGNORED, id="importer-outside-forklift"),
+        pytest.param(cdi_importer_pod(forklift=False), Outcome.IGNORED,
+                     id="importer-outside-forklift"),
         pytest.param(unrelated_pod(), Outcome.IGNORED, id="unrelated-pod"),
         pytest.param(virt_v2v_pod(networks=None), Outcome.UNCHANGED, id="no-annotation"),
         pytest.param(virt_v2v_pod("openshift-mtv/transfer-l2@net1"), Outcome.UNCHANGED,
