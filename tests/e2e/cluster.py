@@ -19,7 +19,6 @@ import contextlib
 import ctypes
 import datetime
 import http.client
-import ipaddress
 import json
 import os
 import shutil
@@ -44,6 +43,8 @@ from lightkube.config.models import Cluster, User
 from lightkube.models.meta_v1 import ObjectMeta
 from lightkube.resources.core_v1 import Namespace, ServiceAccount
 
+from gateway_yeeter.tls import issue_certificate_authority, issue_serving_certificate
+
 REPO_ROOT: Final = Path(__file__).resolve().parents[2]
 BUILD_SCRIPT: Final = REPO_ROOT / "hack" / "kube-binaries.sh"
 
@@ -59,6 +60,8 @@ BINARY_OVERRIDES: Final[Mapping[str, str]] = {
 BUILD_TIMEOUT_SECONDS: Final = 45 * 60
 
 LOOPBACK: Final = "127.0.0.1"
+# The control plane lives for one test session; a day is plenty and never runs out mid-run.
+CERTIFICATE_LIFETIME: Final = datetime.timedelta(days=1)
 FIELD_MANAGER: Final = "gateway-yeeter-e2e"
 
 # Pods never reach a network, so this range is only a pool the API server allocates Service
@@ -182,33 +185,14 @@ class CertificateAuthority:
     """A CA made at run time that issues short-lived serving and client certificates.
 
     The control plane has one; a test can make another for a webhook, whose certificate
-    then goes into the webhook configuration's `caBundle`.
+    then goes into the webhook configuration's `caBundle`. The CA and its serving
+    certificates are the webhook's own (`gateway_yeeter.tls`); only the client certificates,
+    which nothing but the harness needs, are made here.
     """
 
     def __init__(self, common_name: str) -> None:
-        self._key = ec.generate_private_key(ec.SECP256R1())
-        subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
-        public_key = self._key.public_key()
-        self._certificate = (
-            _certificate_builder(subject, public_key)
-            .issuer_name(subject)
-            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-            .add_extension(
-                x509.KeyUsage(
-                    digital_signature=True,
-                    content_commitment=False,
-                    key_encipherment=False,
-                    data_encipherment=False,
-                    key_agreement=False,
-                    key_cert_sign=True,
-                    crl_sign=True,
-                    encipher_only=False,
-                    decipher_only=False,
-                ),
-                critical=True,
-            )
-            .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
-            .sign(self._key, hashes.SHA256())
+        self._certificate, self._key = issue_certificate_authority(
+            common_name, valid_for=CERTIFICATE_LIFETIME
         )
 
     @property
@@ -222,15 +206,16 @@ class CertificateAuthority:
         dns_names: Sequence[str] = ("localhost",),
         ip_addresses: Sequence[str] = (LOOPBACK,),
     ) -> IssuedCertificate:
-        """A server certificate whose subject alternative names are the given hosts."""
-        names: list[x509.GeneralName] = [x509.DNSName(name) for name in dns_names]
-        names += [x509.IPAddress(ipaddress.ip_address(address)) for address in ip_addresses]
-        common_name = dns_names[0] if dns_names else ip_addresses[0]
-        return self._issue(
-            x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]),
-            ExtendedKeyUsageOID.SERVER_AUTH,
-            x509.SubjectAlternativeName(names),
+        """A server certificate whose subject alternative names are the given hosts.
+
+        The certificate file holds the chain: the leaf, then this CA.
+        """
+        chain, key = issue_serving_certificate(
+            (self._certificate, self._key),
+            [*dns_names, *ip_addresses],
+            valid_for=CERTIFICATE_LIFETIME,
         )
+        return IssuedCertificate(certificate_pem=chain, private_key_pem=key)
 
     def issue_client_certificate(
         self, *, user: str, groups: Sequence[str] = ()
@@ -238,61 +223,26 @@ class CertificateAuthority:
         """A client certificate the API server reads as `user` in `groups` (O= entries)."""
         attributes = [x509.NameAttribute(NameOID.ORGANIZATION_NAME, group) for group in groups]
         attributes.append(x509.NameAttribute(NameOID.COMMON_NAME, user))
-        return self._issue(x509.Name(attributes), ExtendedKeyUsageOID.CLIENT_AUTH, None)
-
-    def _issue(
-        self,
-        subject: x509.Name,
-        usage: x509.ObjectIdentifier,
-        alternative_names: x509.SubjectAlternativeName | None,
-    ) -> IssuedCertificate:
         key = ec.generate_private_key(ec.SECP256R1())
-        builder = (
-            _certificate_builder(subject, key.public_key())
+
+        # Backdated a little so that a clock a few seconds apart never makes it "not yet valid".
+        now = datetime.datetime.now(datetime.UTC)
+        certificate = (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name(attributes))
             .issuer_name(self._certificate.subject)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + CERTIFICATE_LIFETIME)
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(
-                x509.KeyUsage(
-                    digital_signature=True,
-                    content_commitment=False,
-                    key_encipherment=False,
-                    data_encipherment=False,
-                    key_agreement=False,
-                    key_cert_sign=False,
-                    crl_sign=False,
-                    encipher_only=False,
-                    decipher_only=False,
-                ),
-                critical=True,
-            )
-            .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
-            .add_extension(
-                x509.AuthorityKeyIdentifier.from_issuer_public_key(self._key.public_key()),
-                critical=False,
-            )
+            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+            .sign(self._key, hashes.SHA256())
         )
-        if alternative_names is not None:
-            builder = builder.add_extension(alternative_names, critical=False)
-        certificate = builder.sign(self._key, hashes.SHA256())
         return IssuedCertificate(
             certificate_pem=certificate.public_bytes(serialization.Encoding.PEM),
             private_key_pem=_private_key_pem(key),
         )
-
-
-def _certificate_builder(
-    subject: x509.Name, public_key: ec.EllipticCurvePublicKey
-) -> x509.CertificateBuilder:
-    # Backdated a little so that a clock a few seconds apart never makes it "not yet valid".
-    now = datetime.datetime.now(datetime.UTC)
-    return (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .public_key(public_key)
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-    )
 
 
 def _private_key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:

@@ -14,6 +14,10 @@ from pathlib import Path
 import pytest
 from lightkube import Client
 
+from tests.certs import Authority
+from tests.conftest import StartWebhook
+from tests.webhook import WebhookProcess
+
 from .cluster import (
     ControlPlaneBinaries,
     HarnessError,
@@ -22,6 +26,17 @@ from .cluster import (
     locate_control_plane_binaries,
     locate_kustomize,
     running_cluster,
+)
+from .latency import REPORT as LATENCY_REPORT
+from .webhook_setup import (
+    DEPLOY_DIR,
+    MUTATE_PATH,
+    Manifest,
+    pointed_at_loopback,
+    registered_webhooks,
+    render,
+    unique_name,
+    webhook_configuration_of,
 )
 
 _E2E_DIRECTORY = Path(__file__).resolve().parent
@@ -51,6 +66,10 @@ def pytest_runtest_makereport(
         cluster = item.funcargs.get("local_cluster")
         if isinstance(cluster, LocalCluster):
             report.sections.append(("kube-apiserver log (end)", cluster.apiserver_log_tail()))
+        webhook = item.funcargs.get("deployed_webhook")
+        if isinstance(webhook, WebhookProcess):
+            tail = "\n".join(webhook.log().splitlines()[-40:])
+            report.sections.append(("webhook log (end)", tail))
     return report
 
 
@@ -107,3 +126,39 @@ def _namespace_name(test_name: str) -> str:
     # A DNS label: lowercase alphanumerics and '-', at most 63 characters, unique per call.
     stem = re.sub(r"[^a-z0-9]+", "-", test_name.lower().removeprefix("test_")).strip("-")
     return f"e2e-{stem[:48].rstrip('-')}-{secrets.token_hex(4)}"
+
+
+@pytest.fixture(scope="session")
+def deploy_configuration(kustomize_binary: Path) -> Manifest:
+    """The MutatingWebhookConfiguration as `kustomize build deploy/` renders it."""
+    return webhook_configuration_of(render(kustomize_binary, DEPLOY_DIR))
+
+
+@pytest.fixture
+def deployed_webhook(
+    start_webhook: StartWebhook,
+    authority: Authority,
+    kube_client: Client,
+    namespace: str,
+    deploy_configuration: Manifest,
+) -> Iterator[WebhookProcess]:
+    """A webhook process that the API server calls through deploy/'s configuration."""
+    webhook = start_webhook()
+    configuration = pointed_at_loopback(
+        deploy_configuration,
+        name=unique_name("gateway-yeeter"),
+        url=webhook.url + MUTATE_PATH,
+        ca_bundle=authority.ca_file.read_bytes(),
+    )
+    with registered_webhooks(kube_client, configuration, probe_namespace=namespace):
+        yield webhook
+
+
+def pytest_terminal_summary(
+    terminalreporter: pytest.TerminalReporter, config: pytest.Config
+) -> None:
+    lines = config.stash.get(LATENCY_REPORT, None)
+    if lines:
+        terminalreporter.section("pod-create latency through kube-apiserver")
+        for line in lines:
+            terminalreporter.write_line(line)
