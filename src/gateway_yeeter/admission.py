@@ -6,6 +6,7 @@ replaces its networks annotation with the edited one and records what was remove
 
 from __future__ import annotations
 
+import json
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -17,6 +18,7 @@ from gateway_yeeter.networks import (
     NETWORKS_ANNOTATION,
     RemovedRoute,
     UnparsableNetworks,
+    encode_json,
     remove_default_routes,
 )
 from gateway_yeeter.review import AdmissionRequest, AdmissionResponse, build_response
@@ -121,10 +123,20 @@ def _truncate_warning(text: str) -> str:
     return text if len(text) < WARNING_LIMIT else text[: WARNING_LIMIT - 2] + "…"
 
 
-def _removed_record(removed: Collection[RemovedRoute]) -> str:
-    return orjson.dumps(
-        [{"network": route.network, "default-route": route.gateways} for route in removed]
-    ).decode()
+def _record_entries(removed: Collection[RemovedRoute]) -> list[dict[str, Any]]:
+    return [{"network": route.network, "default-route": route.gateways} for route in removed]
+
+
+def _earlier_record(value: Any) -> list[Any]:
+    # With reinvocationPolicy IfNeeded a second call edits a pod the first call already edited;
+    # its record must keep what the first call removed.
+    if not isinstance(value, str):
+        return []
+    try:
+        earlier = json.loads(value)
+    except (ValueError, RecursionError):
+        return []
+    return earlier if isinstance(earlier, list) else []
 
 
 def build_patch(networks: str, record: str) -> bytes:
@@ -170,14 +182,15 @@ def decide(request: AdmissionRequest, policy: Policy) -> Decision:
         edit = remove_default_routes(
             networks, pod_namespace=reference.namespace, only_networks=policy.only_networks
         )
+        if edit is None:
+            return Decision(Outcome.UNCHANGED, "no default-route to remove", reference, pod_kind)
+        removed = _record_entries(edit.removed)
+        audit = encode_json(removed)
+        record = encode_json(_earlier_record(annotations.get(REMOVED_ROUTES_ANNOTATION)) + removed)
     except UnparsableNetworks as error:
         return Decision(Outcome.UNPARSABLE, str(error), reference, pod_kind,
                         warnings=(_truncate_warning(f"{error}; left unchanged"),))
 
-    if edit is None:
-        return Decision(Outcome.UNCHANGED, "no default-route to remove", reference, pod_kind)
-
-    record = _removed_record(edit.removed)
     return Decision(
         Outcome.MUTATED,
         "removed default-route",
@@ -185,5 +198,5 @@ def decide(request: AdmissionRequest, policy: Policy) -> Decision:
         pod_kind,
         patch=build_patch(edit.annotation, record),
         removed=edit.removed,
-        audit_annotations={AUDIT_ANNOTATION: record},
+        audit_annotations={AUDIT_ANNOTATION: audit},
     )

@@ -77,6 +77,8 @@ def parse_selection(annotation: str) -> list[Any]:
         raise UnparsableNetworks(
             f"{NETWORKS_ANNOTATION} is not valid JSON ({error.msg} at {error.pos})"
         ) from None
+    except RecursionError:
+        raise UnparsableNetworks(f"{NETWORKS_ANNOTATION} is nested too deeply") from None
 
     if not isinstance(selection, list):
         kind = "an object" if isinstance(selection, dict) else type(selection).__name__
@@ -85,12 +87,16 @@ def parse_selection(annotation: str) -> list[Any]:
     return selection
 
 
-def encode_selection(selection: list[Any]) -> str:
-    """Write a selection as compact JSON, leaving non-ASCII text as characters, not escapes."""
+def encode_json(value: Any) -> str:
+    """Write a parsed value as compact JSON, leaving non-ASCII text as characters, not escapes.
+
+    Used for the edited selection and for the record of what was removed, which both hold
+    values exactly as the annotation had them.
+    """
     try:
-        encoded = json.dumps(selection, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+        encoded = json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
         encoded.encode("utf-8")
-    except ValueError:
+    except (ValueError, RecursionError):
         # A float that overflowed to infinity, or a lone surrogate escape: writing either back
         # would turn a readable annotation into one Multus rejects.
         raise UnparsableNetworks(
@@ -134,4 +140,4 @@ def remove_default_routes(
     if not removed:
         return None
 
-    return NetworksEdit(annotation=encode_selection(selection), removed=tuple(removed))
+    return NetworksEdit(annotation=encode_json(selection), removed=tuple(removed))

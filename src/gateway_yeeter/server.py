@@ -20,10 +20,9 @@ import socket
 import time
 from collections.abc import Awaitable, Callable, Iterator, MutableMapping
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 from urllib.parse import parse_qs
 
-import orjson
 import uvicorn
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
@@ -31,6 +30,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from gateway_yeeter.admission import Decision, Outcome, PodReference, Policy, decide
 from gateway_yeeter.config import Limits, ServeSettings, parse_duration
 from gateway_yeeter.metrics import Metrics
+from gateway_yeeter.networks import encode_json
 from gateway_yeeter.review import BadReview, build_response, decode_review, encode_review
 from gateway_yeeter.tls import CertificateStore, CertificateWatcher, ServingCertificate
 
@@ -85,8 +85,7 @@ def log_decision(decision: Decision, *, uid: str, dry_run: bool) -> None:
     }
     if decision.outcome is Outcome.MUTATED:
         removed = ", ".join(
-            f"{route.network} {orjson.dumps(route.gateways).decode()}"
-            for route in decision.removed
+            f"{route.network} {encode_json(route.gateways)}" for route in decision.removed
         )
         facts["removed"] = removed
         decisions.info(
@@ -249,6 +248,7 @@ class WebhookProtocol(HttpToolsProtocol):
 
     _header_timer: asyncio.TimerHandle | None = None
     _header_bytes: int = 0
+    _header_tail: bytes = b""
     _awaiting_headers: bool = True
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
@@ -260,13 +260,18 @@ class WebhookProtocol(HttpToolsProtocol):
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
-        super().data_received(data)
-
-        # Counted after parsing, so that a body arriving with its headers is not counted.
-        if self._awaiting_headers and not self.transport.is_closing():
-            self._header_bytes += len(data)
+        # Counted before the parser sees the bytes, or a whole oversized header block read at
+        # once would be dispatched first; only the bytes up to the blank line that ends the
+        # headers count, so a body read together with its headers does not.
+        if self._awaiting_headers:
+            window = self._header_tail + data
+            end = window.find(b"\r\n\r\n")
+            self._header_bytes += len(data) if end < 0 else end + 4 - len(self._header_tail)
             if self._header_bytes > self.max_header_bytes:
                 self._refuse_headers()
+                return
+            self._header_tail = window[-3:]
+        super().data_received(data)
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
@@ -277,8 +282,14 @@ class WebhookProtocol(HttpToolsProtocol):
     def on_headers_complete(self) -> None:
         self._awaiting_headers = False
         self._header_bytes = 0
+        self._header_tail = b""
         self._cancel_header_timer()
         super().on_headers_complete()
+
+    def on_message_complete(self) -> None:
+        super().on_message_complete()
+        # Whatever the client sends next on this connection starts a new request's headers.
+        self._awaiting_headers = True
 
     def shutdown(self) -> None:
         """Begin closing for a server shutdown, without dropping a request on its way.
@@ -402,9 +413,13 @@ def build_server(
         log_config=None,
         server_header=False,
         date_header=False,
-        timeout_keep_alive=int(limits.idle_timeout),
-        timeout_graceful_shutdown=int(settings.shutdown_timeout),
-        limit_concurrency=limits.max_connections,
+        # uvicorn annotates these as int but uses them as seconds in float arithmetic;
+        # rounding would turn a sub-second setting into zero.
+        timeout_keep_alive=cast(int, limits.idle_timeout),
+        timeout_graceful_shutdown=cast(int, settings.shutdown_timeout),
+        # uvicorn refuses a request once the open connections, the asking one included,
+        # reach the limit; one more lets exactly max_connections connections be served.
+        limit_concurrency=limits.max_connections + 1,
         ssl_context_factory=lambda _config, _default: store.context,
     )
 

@@ -183,10 +183,6 @@ def test_default_route_added_by_a_later_webhook_is_removed_on_reinvocation(
     assert f"{namespace}/reinvoked" in yeeted_pods(deployed_webhook)
 
 
-# TODO: the second call's patch `add`s the record annotation anew, which replaces the first
-# call's record; it should add to it. Remove the mark once src/gateway_yeeter/admission.py
-# merges an existing record.
-@pytest.mark.xfail(strict=True, reason="a reinvocation replaces the record of the first call")
 def test_record_of_removed_routes_keeps_both_rounds_of_a_reinvocation(
     kube_client: Client,
     namespace: str,

@@ -204,12 +204,6 @@ def test_a_large_first_request_read_with_its_headers_is_not_taken_for_oversized_
     assert check_mutation(answer.body, sent) is None
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="WebhookProtocol.data_received counts header bytes after the parser has seen them, "
-           "so a complete oversized header block that arrives in one read (up to uvloop's "
-           "256 KiB) is dispatched before it is counted",
-)
 def test_request_headers_over_64_kib_are_refused_even_when_read_all_at_once(
     strict_webhook: WebhookProcess, authority: Authority
 ) -> None:
@@ -226,11 +220,6 @@ def test_request_headers_over_64_kib_are_refused_even_when_read_all_at_once(
     assert answer.status == 431
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="uvicorn counts the asking connection against limit_concurrency (>=), so once "
-           "--max-connections N connections are open every request on them gets 503",
-)
 def test_max_connections_admits_that_many_open_connections(
     start_webhook: StartWebhook, authority: Authority
 ) -> None:
@@ -247,11 +236,6 @@ def test_max_connections_admits_that_many_open_connections(
     assert statuses == [200, 200]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="build_server passes int(idle_timeout) to uvicorn, so a sub-second --idle-timeout "
-           "becomes 0 and every connection is closed right after its first answer",
-)
 def test_a_sub_second_idle_timeout_still_keeps_connections_alive_for_that_long(
     start_webhook: StartWebhook, authority: Authority
 ) -> None:

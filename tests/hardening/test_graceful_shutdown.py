@@ -12,7 +12,6 @@ import signal
 import time
 
 import orjson
-import pytest
 
 from tests.certs import Authority
 from tests.conftest import StartWebhook
@@ -178,11 +177,6 @@ def test_a_second_sigterm_exits_without_waiting_for_the_delay(
     assert "exiting without waiting for requests" in webhook.log()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="build_server passes int(shutdown_timeout) to uvicorn: 800ms becomes 0, and a "
-           "request still being received is cancelled with a 500 as soon as the drain ends",
-)
 def test_a_sub_second_shutdown_timeout_still_lets_a_request_in_flight_finish(
     start_webhook: StartWebhook, authority: Authority
 ) -> None:

@@ -230,3 +230,41 @@ def test_the_patch_is_base64_json_patch(api_version: str) -> None:
 
     assert response["patchType"] == "JSONPatch"
     assert isinstance(orjson.loads(base64.b64decode(response["patch"])), list)
+
+
+def test_a_reinvocation_adds_to_the_record_of_the_first_call() -> None:
+    once, _ = answer_for(virt_v2v_pod())
+    networks = orjson.loads(once["metadata"]["annotations"][NETWORKS])
+    networks.append({"name": "injected", "default-route": ["10.9.9.1"]})
+    once["metadata"]["annotations"][NETWORKS] = orjson.dumps(networks).decode()
+
+    twice, decision = answer_for(once)
+
+    assert orjson.loads(twice["metadata"]["annotations"][REMOVED_ROUTES_ANNOTATION]) == [
+        {"network": "openshift-mtv/transfer-l2", "default-route": ["192.168.50.1"]},
+        {"network": "vm-migrations/injected", "default-route": ["10.9.9.1"]},
+    ]
+    # The audit log entry is per request: only what this call removed.
+    assert orjson.loads(decision.audit_annotations[AUDIT_ANNOTATION]) == [
+        {"network": "vm-migrations/injected", "default-route": ["10.9.9.1"]}
+    ]
+
+
+def test_a_broken_earlier_record_is_replaced() -> None:
+    pod = virt_v2v_pod()
+    pod["metadata"]["annotations"][REMOVED_ROUTES_ANNOTATION] = "{not json"
+
+    patched, _ = answer_for(pod)
+
+    assert len(orjson.loads(patched["metadata"]["annotations"][REMOVED_ROUTES_ANNOTATION])) == 1
+
+
+def test_removed_gateways_are_recorded_exactly_as_they_were() -> None:
+    pod = virt_v2v_pod('[{"name":"t","default-route":[123456789012345678901234567890,"é"]}]')
+
+    patched, decision = answer_for(pod)
+
+    assert decision.outcome is Outcome.MUTATED
+    assert patched["metadata"]["annotations"][REMOVED_ROUTES_ANNOTATION] == (
+        '[{"network":"vm-migrations/t","default-route":[123456789012345678901234567890,"é"]}]'
+    )
