@@ -195,3 +195,41 @@ def test_a_pair_that_cannot_be_served_is_refused_and_a_later_good_pair_is_taken(
     assert metric_values(webhook, authority.ca_file) == (
         1, 1, leaf_of(cert).not_valid_after_utc.timestamp()
     )
+
+
+def test_rewriting_the_same_pair_is_no_reload(
+    start_webhook: StartWebhook, secret_volume: SecretVolume, authority: Authority
+) -> None:
+    # The kubelet rewrites a Secret volume on every sync, usually with the same content.
+    webhook = start_webhook("--cert-reload-interval", RELOAD_INTERVAL)
+    old_leaf = leaf_of(secret_volume.cert_file.read_bytes())
+    secret_volume.write(secret_volume.cert_file.read_bytes(), secret_volume.key_file.read_bytes())
+
+    # Nothing is to happen, so there is no event to await: give it five polls.
+    time.sleep(5 * RELOAD_SECONDS)
+    assert served_serial(webhook.port, authority.ca_file) == old_leaf.serial_number
+    assert metric_values(webhook, authority.ca_file)[:2] == (0, 0)
+    assert "serving certificate reloaded" not in webhook.log()
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="CertificateWatcher._refuse only remembers refused content, and a file it cannot "
+           "read has none, so a missing file is logged at ERROR and counted as a failed "
+           "reload at every poll",
+)
+def test_missing_certificate_files_are_reported_once_not_at_every_poll(
+    start_webhook: StartWebhook, secret_volume: SecretVolume, authority: Authority
+) -> None:
+    webhook = start_webhook("--cert-reload-interval", RELOAD_INTERVAL)
+    old_leaf = leaf_of(secret_volume.cert_file.read_bytes())
+
+    # The links now point nowhere, as when the volume's current version is gone.
+    (secret_volume.root / "..data").unlink()
+    wait_until(lambda: REFUSAL in webhook.log(), timeout=PICKUP_LIMIT,
+               what="an ERROR for the missing files")
+    time.sleep(5 * RELOAD_SECONDS)
+
+    assert served_serial(webhook.port, authority.ca_file) == old_leaf.serial_number
+    assert webhook.log().count(REFUSAL) == 1
+    assert metric_values(webhook, authority.ca_file)[1] == 1

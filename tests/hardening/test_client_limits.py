@@ -7,6 +7,7 @@ whether the body declares its length or is chunked, and the connection and idle 
 from __future__ import annotations
 
 import signal
+import socket
 import ssl
 import time
 
@@ -18,6 +19,7 @@ from tests.certs import Authority
 from tests.conftest import StartWebhook
 from tests.hardening.load import ReviewSender, SenderGroup, check_mutation
 from tests.hardening.wire import (
+    LOOPBACK,
     ConnectionClosed,
     is_closed_by_server,
     open_tls,
@@ -268,3 +270,56 @@ def test_an_idle_keep_alive_connection_outlives_the_header_deadline(
     connection.sendall(request_bytes("GET", "/healthz"))
     assert read_response(connection).status == 200
     connection.close()
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="the header deadline starts once the TLS handshake is done, and uvicorn passes no "
+           "ssl_handshake_timeout, so a connection that never sends a ClientHello is held "
+           "for uvloop's default of 60 s",
+)
+def test_a_connection_that_never_starts_its_tls_handshake_is_closed_at_the_header_deadline(
+    strict_webhook: WebhookProcess,
+) -> None:
+    raw = socket.create_connection((LOOPBACK, strict_webhook.port))
+    raw.settimeout(HEADER_TIMEOUT + 2)
+    started = time.monotonic()
+    try:
+        closed = raw.recv(1) == b""
+    except TimeoutError:
+        closed = False
+    except ConnectionResetError:
+        closed = True
+    finally:
+        raw.close()
+    assert closed, f"still open {time.monotonic() - started:.1f}s after connecting"
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="an answer given before the request body is read (405, 404) keeps the connection "
+           "alive, and every body byte re-arms uvicorn's idle timer, so a body trickled to a "
+           "probe path holds the connection with no deadline",
+)
+def test_a_body_trickled_after_an_early_answer_does_not_hold_the_connection(
+    start_webhook: StartWebhook, authority: Authority
+) -> None:
+    webhook = start_webhook("--header-timeout", f"{HEADER_TIMEOUT}s", "--request-timeout", "1s")
+    connection = open_tls(webhook.port, authority.ca_file)
+    connection.sendall(request_bytes("POST", "/healthz",
+                                     headers={"transfer-encoding": "chunked"}))
+    assert read_response(connection).status == 405
+
+    # Bounded: far longer than both deadlines at this pace.
+    started = time.monotonic()
+    for _ in range(25):
+        if is_closed_by_server(connection):
+            break
+        try:
+            connection.sendall(b"1\r\nx\r\n")
+        except OSError:
+            break
+        time.sleep(TRICKLE_INTERVAL * 2)
+    held = time.monotonic() - started
+    connection.close()
+    assert held < 2 * HEADER_TIMEOUT + 1, f"a trickled body held the connection {held:.1f}s"
