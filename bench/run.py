@@ -420,6 +420,16 @@ def print_run(run: LoadRun) -> None:
     )
 
 
+def source_commit() -> str | None:
+    """The commit the measured code is at, so that figures can be told apart later."""
+    try:
+        described = subprocess.run(["git", "-C", str(ROOT), "describe", "--always", "--dirty"],
+                                   capture_output=True, text=True, check=True)
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return described.stdout.strip()
+
+
 def install_wrk() -> None:
     subprocess.run(["apt-get", "update"], check=True)
     subprocess.run(["apt-get", "install", "-y", "wrk"], check=True)
@@ -461,6 +471,7 @@ def main() -> int:
     results: dict[str, Any] = {
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
                     "platform": platform.platform()},
+        "commit": source_commit(),
         "settings": {"duration_seconds": arguments.duration,
                      "concurrency": arguments.concurrency, "log_level": arguments.log_level},
     }
