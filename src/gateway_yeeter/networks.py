@@ -66,13 +66,18 @@ def _reject_constant(constant: str) -> Any:
     raise UnparsableNetworks(f"{NETWORKS_ANNOTATION} holds {constant}, which is not JSON")
 
 
+# Built once: json.loads and json.dumps with options build a new coder on every call.
+_DECODER = json.JSONDecoder(parse_constant=_reject_constant)
+_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+
+
 def parse_selection(annotation: str) -> list[Any]:
     """Parse a JSON network selection, refusing anything Multus would refuse to read as a list.
 
     Integers keep full precision, so re-encoding does not alter values the edit does not touch.
     """
     try:
-        selection = json.loads(annotation, parse_constant=_reject_constant)
+        selection = _DECODER.decode(annotation)
     except json.JSONDecodeError as error:
         raise UnparsableNetworks(
             f"{NETWORKS_ANNOTATION} is not valid JSON ({error.msg} at {error.pos})"
@@ -94,7 +99,7 @@ def encode_json(value: Any) -> str:
     values exactly as the annotation had them.
     """
     try:
-        encoded = json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+        encoded = _ENCODER.encode(value)
         encoded.encode("utf-8")
     except (ValueError, RecursionError):
         # A float that overflowed to infinity, or a lone surrogate escape: writing either back

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from typing import Any
 
 import uvloop
 
@@ -14,6 +16,24 @@ from gateway_yeeter.tls import CertificateError, ServingCertificate, load_pair, 
 logger = logging.getLogger(__name__)
 
 EXIT_CONFIGURATION = 2
+
+
+class WebhookLoop(uvloop.Loop):
+    """uvloop with a TLS handshake deadline on the listener.
+
+    uvicorn creates its listener without one, so a client that connects and never sends a
+    ClientHello would hold its connection for uvloop's default minute; the header deadline
+    only starts once the handshake is done.
+    """
+
+    def __init__(self, handshake_timeout: float) -> None:
+        super().__init__()
+        self.handshake_timeout = handshake_timeout
+
+    async def create_server(self, *args: Any, **kwargs: Any) -> Any:
+        if kwargs.get("ssl") is not None:
+            kwargs.setdefault("ssl_handshake_timeout", self.handshake_timeout)
+        return await super().create_server(*args, **kwargs)
 
 
 def load_certificate(settings: ServeSettings) -> ServingCertificate:
@@ -43,5 +63,7 @@ def run_server(settings: ServeSettings) -> int:
         ",".join(certificate.subject_names) or "(none)",
         certificate.not_after.isoformat(),
     )
-    uvloop.run(serve(settings, certificate, Metrics()))
+    timeout = settings.limits.header_timeout
+    with asyncio.Runner(loop_factory=lambda: WebhookLoop(timeout)) as runner:
+        runner.run(serve(settings, certificate, Metrics()))
     return 0

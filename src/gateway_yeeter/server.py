@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import signal
 import socket
@@ -183,18 +184,9 @@ class WebhookApp:
         finally:
             self.metrics.in_flight.dec()
 
-    def _body_deadline(self, scope: Scope) -> float:
-        # The API server puts its own call timeout on the URL; past it, nobody waits.
-        timeout = self.limits.request_timeout
-        query = scope.get("query_string", b"")
-        if query:
-            values = parse_qs(query.decode("latin-1")).get("timeout")
-            if values:
-                with contextlib.suppress(ValueError):
-                    timeout = min(timeout, parse_duration(values[0]))
-        return timeout
-
     async def _read_body(self, scope: Scope, receive: Receive) -> bytes:
+        # No deadline here: WebhookProtocol closes a connection whose body is late, and the
+        # read below then ends with a disconnect.
         limit = self.limits.max_body_bytes
         for name, value in scope["headers"]:
             if name == b"content-length" and value.isdigit() and int(value) > limit:
@@ -202,22 +194,18 @@ class WebhookApp:
 
         chunks: list[bytes] = []
         size = 0
-        try:
-            async with asyncio.timeout(self._body_deadline(scope)):
-                while True:
-                    message = await receive()
-                    if message["type"] == "http.disconnect":
-                        raise _HttpError(400, "client went away before the body was complete")
-                    chunk = message.get("body", b"")
-                    size += len(chunk)
-                    if size > limit:
-                        raise _HttpError(413, f"body is over {limit} bytes", close=True)
-                    chunks.append(chunk)
-                    if not message.get("more_body", False):
-                        break
-        except TimeoutError:
-            raise _HttpError(408, "body not received in time", close=True) from None
-        return b"".join(chunks)
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise _HttpError(400, "client went away before the body was complete")
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > limit:
+                raise _HttpError(413, f"body is over {limit} bytes", close=True)
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
     def _answer(self, body: bytes) -> bytes:
         try:
@@ -240,10 +228,56 @@ class WebhookApp:
         return encode_review(review.api_version, decision.response(uid))
 
 
+@functools.lru_cache(maxsize=64)
+def request_deadline(query_string: bytes, request_timeout: float) -> float:
+    """The time a request's body may take: the API server's ``?timeout=``, if shorter.
+
+    kube-apiserver sends the same query on every call, so the parse is cached.
+    """
+    values = parse_qs(query_string.decode("latin-1")).get("timeout")
+    if values:
+        with contextlib.suppress(ValueError):
+            return min(request_timeout, parse_duration(values[0]))
+    return request_timeout
+
+
+class CoalescingTransport:
+    """Sends everything written in one turn of the event loop as one write.
+
+    uvicorn writes a response's head and body separately; over TLS each write is a record and
+    a system call of its own, which costs more than the rest of a small admission.
+    """
+
+    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
+        self._transport = transport
+        self._loop = loop
+        self._pending: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        if not self._pending:
+            self._loop.call_soon(self._flush)
+        self._pending.append(data)
+
+    def _flush(self) -> None:
+        if self._pending:
+            data = b"".join(self._pending)
+            self._pending.clear()
+            if not self._transport.is_closing():
+                self._transport.write(data)
+
+    def close(self) -> None:
+        self._flush()
+        self._transport.close()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
+
+
 class WebhookProtocol(HttpToolsProtocol):
-    """uvicorn's httptools protocol with a header deadline, a header size cap, and a drain."""
+    """uvicorn's httptools protocol with request deadlines, a header size cap, and a drain."""
 
     header_timeout: ClassVar[float] = Limits().header_timeout
+    request_timeout: ClassVar[float] = Limits().request_timeout
     max_header_bytes: ClassVar[int] = Limits().max_header_bytes
 
     _header_timer: asyncio.TimerHandle | None = None
@@ -252,7 +286,8 @@ class WebhookProtocol(HttpToolsProtocol):
     _awaiting_headers: bool = True
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        super().connection_made(transport)
+        coalescing = CoalescingTransport(transport, self.loop)
+        super().connection_made(cast(asyncio.Transport, coalescing))
         self._arm_header_timer()
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -286,7 +321,12 @@ class WebhookProtocol(HttpToolsProtocol):
         self._cancel_header_timer()
         super().on_headers_complete()
 
+        # The body gets its own deadline, also when the answer went out before it was read.
+        deadline = request_deadline(self.scope["query_string"], self.request_timeout)
+        self._header_timer = self.loop.call_later(deadline, self._request_overdue)
+
     def on_message_complete(self) -> None:
+        self._cancel_header_timer()
         super().on_message_complete()
         # Whatever the client sends next on this connection starts a new request's headers.
         self._awaiting_headers = True
@@ -319,6 +359,13 @@ class WebhookProtocol(HttpToolsProtocol):
             logger.debug("closing connection from %s: no complete request headers", self.client)
             self.transport.close()
 
+    def _request_overdue(self) -> None:
+        self._header_timer = None
+        if not self.transport.is_closing():
+            logger.warning("closing connection from %s: request body not received in time",
+                           self.client)
+            self.transport.close()
+
     def _refuse_headers(self) -> None:
         logger.warning("closing connection from %s: request headers too large", self.client)
         self._cancel_header_timer()
@@ -334,7 +381,11 @@ def protocol_for(limits: Limits) -> type[WebhookProtocol]:
     return type(
         "ConfiguredWebhookProtocol",
         (WebhookProtocol,),
-        {"header_timeout": limits.header_timeout, "max_header_bytes": limits.max_header_bytes},
+        {
+            "header_timeout": limits.header_timeout,
+            "request_timeout": limits.request_timeout,
+            "max_header_bytes": limits.max_header_bytes,
+        },
     )
 
 
@@ -413,6 +464,8 @@ def build_server(
         log_config=None,
         server_header=False,
         date_header=False,
+        # Nothing stands between the API server and the webhook that would set these headers.
+        proxy_headers=False,
         # uvicorn annotates these as int but uses them as seconds in float arithmetic;
         # rounding would turn a sub-second setting into zero.
         timeout_keep_alive=cast(int, limits.idle_timeout),

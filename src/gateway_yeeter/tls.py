@@ -146,22 +146,27 @@ class CertificateWatcher:
         self.key_file = key_file
         self.interval = interval
         self.on_reload = on_reload
-        self._refused: tuple[bytes, bytes] | None = None
+        self._refused: tuple[bytes, bytes] | str | None = None
+        """The content, or for unreadable files the reason, last refused."""
 
     def check(self) -> bool:
         """Load the files if their content changed; tell whether a new pair went into service."""
         try:
             content = read_pair(self.cert_file, self.key_file)
         except CertificateError as error:
-            self._refuse(None, str(error))
+            self._refuse(str(error))
             return False
-        if content in (self.store.current.content, self._refused):
+        if content == self.store.current.content:
+            # Back to the pair in service: a later fault is news again.
+            self._refused = None
+            return False
+        if content == self._refused:
             return False
 
         try:
             loaded = load_pair(self.cert_file, self.key_file)
         except CertificateError as error:
-            self._refuse(content, str(error))
+            self._refuse(content, reason=str(error))
             return False
 
         self.store.current = loaded
@@ -173,12 +178,14 @@ class CertificateWatcher:
         self.on_reload(loaded, None)
         return True
 
-    def _refuse(self, content: tuple[bytes, bytes] | None, reason: str) -> None:
-        # One ERROR per bad content, not one per poll: a half-written Secret often settles
-        # by the next poll, and a broken one should not flood the log every ten seconds.
-        if content is not None and content == self._refused:
+    def _refuse(self, refused: tuple[bytes, bytes] | str, *, reason: str | None = None) -> None:
+        # One ERROR per bad content (or per reason files cannot be read), not one per poll: a
+        # half-written Secret often settles by the next poll, and a broken one should not
+        # flood the log every ten seconds.
+        if refused == self._refused:
             return
-        self._refused = content
+        self._refused = refused
+        reason = reason or str(refused)
         logger.error("new serving certificate refused, keeping the one in service: %s", reason)
         self.on_reload(None, reason)
 

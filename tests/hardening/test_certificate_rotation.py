@@ -212,12 +212,6 @@ def test_rewriting_the_same_pair_is_no_reload(
     assert "serving certificate reloaded" not in webhook.log()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="CertificateWatcher._refuse only remembers refused content, and a file it cannot "
-           "read has none, so a missing file is logged at ERROR and counted as a failed "
-           "reload at every poll",
-)
 def test_missing_certificate_files_are_reported_once_not_at_every_poll(
     start_webhook: StartWebhook, secret_volume: SecretVolume, authority: Authority
 ) -> None:

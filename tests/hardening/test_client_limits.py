@@ -272,12 +272,6 @@ def test_an_idle_keep_alive_connection_outlives_the_header_deadline(
     connection.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the header deadline starts once the TLS handshake is done, and uvicorn passes no "
-           "ssl_handshake_timeout, so a connection that never sends a ClientHello is held "
-           "for uvloop's default of 60 s",
-)
 def test_a_connection_that_never_starts_its_tls_handshake_is_closed_at_the_header_deadline(
     strict_webhook: WebhookProcess,
 ) -> None:
@@ -295,12 +289,6 @@ def test_a_connection_that_never_starts_its_tls_handshake_is_closed_at_the_heade
     assert closed, f"still open {time.monotonic() - started:.1f}s after connecting"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="an answer given before the request body is read (405, 404) keeps the connection "
-           "alive, and every body byte re-arms uvicorn's idle timer, so a body trickled to a "
-           "probe path holds the connection with no deadline",
-)
 def test_a_body_trickled_after_an_early_answer_does_not_hold_the_connection(
     start_webhook: StartWebhook, authority: Authority
 ) -> None:
