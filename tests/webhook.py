@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import base64
+import contextlib
+import ctypes
 import re
 import signal
 import ssl
@@ -20,6 +22,13 @@ import orjson
 from tests.certs import SERVICE_NAME
 
 _LISTENING = re.compile(r"listening on https://[^:]+:(\d+)")
+_PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent() -> None:
+    """Run in a child before exec: Linux ends it when the test run dies without teardown."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 class WebhookProcess:
@@ -31,7 +40,7 @@ class WebhookProcess:
                    "--bind-address", "127.0.0.1", "--secure-port", "0", *args]
         self._log = log_file.open("wb")
         self.process = subprocess.Popen(command, stdout=self._log, stderr=subprocess.STDOUT,
-                                        env=env)
+                                        env=env, preexec_fn=die_with_parent)  # noqa: PLW1509
         self.port = self._wait_listening()
 
     def _wait_listening(self, timeout: float = 15.0) -> int:

@@ -16,13 +16,11 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import ctypes
 import datetime
 import http.client
 import json
 import os
 import shutil
-import signal
 import socket
 import ssl
 import subprocess
@@ -44,6 +42,7 @@ from lightkube.models.meta_v1 import ObjectMeta
 from lightkube.resources.core_v1 import Namespace, ServiceAccount
 
 from gateway_yeeter.tls import issue_certificate_authority, issue_serving_certificate
+from tests.webhook import die_with_parent
 
 REPO_ROOT: Final = Path(__file__).resolve().parents[2]
 BUILD_SCRIPT: Final = REPO_ROOT / "hack" / "kube-binaries.sh"
@@ -69,7 +68,6 @@ FIELD_MANAGER: Final = "gateway-yeeter-e2e"
 SERVICE_CLUSTER_IP_RANGE: Final = "10.0.0.0/24"
 
 _PROXY_VARIABLES: Final = frozenset({"http_proxy", "https_proxy", "all_proxy", "no_proxy"})
-_PR_SET_PDEATHSIG: Final = 1
 
 
 class HarnessError(RuntimeError):
@@ -393,7 +391,7 @@ class LoggedProcess:
                 env=environment,
                 # Only pytest's main thread starts control planes, so the thread-safety hazard
                 # of preexec_fn does not arise; it is the only way to set the death signal.
-                preexec_fn=_die_with_parent,  # noqa: PLW1509
+                preexec_fn=die_with_parent,  # noqa: PLW1509
             )
 
     def exit_code(self) -> int | None:
@@ -418,14 +416,6 @@ def _loopback_environment() -> dict[str, str]:
     # Go and Python clients already bypass a proxy for loopback addresses; a child should
     # not have to be trusted with that, so it gets no proxy to bypass.
     return {key: value for key, value in os.environ.items() if key.lower() not in _PROXY_VARIABLES}
-
-
-def _die_with_parent() -> None:
-    # If the test run itself is killed, no teardown runs; have Linux end the child then, so
-    # no etcd or API server outlives the run.
-    with contextlib.suppress(OSError, AttributeError):
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def wait_until_ready(
