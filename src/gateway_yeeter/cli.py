@@ -236,7 +236,8 @@ def mutate(source: str, output: str, **rule: Any) -> None:
         click.echo(orjson.dumps(answer, option=orjson.OPT_INDENT_2).decode())
         return
 
-    pod = review.request.get("object") or {}
+    # The decoded request holds only the pod's metadata; the patch applies to the whole pod.
+    pod = review_document["request"].get("object") or {}
     if decision.patch is not None:
         pod = jsonpatch.JsonPatch(orjson.loads(decision.patch)).apply(pod)
     if was_yaml:

@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, NotRequired, TypedDict
 
+import msgspec
 import orjson
 
 SUPPORTED_API_VERSIONS = ("admission.k8s.io/v1", "admission.k8s.io/v1beta1")
@@ -69,12 +70,67 @@ class Review:
     request: AdmissionRequest
 
 
-def decode_review(body: bytes) -> Review:
-    """Decode an AdmissionReview, checking only what the answer depends on."""
+class _PodHead(msgspec.Struct):
+    metadata: Any = None
+
+
+class _RequestHead(msgspec.Struct):
+    uid: Any = None
+    kind: Any = None
+    operation: Any = None
+    namespace: Any = None
+    name: Any = None
+    subResource: Any = None  # noqa: N815 - the wire name
+    dryRun: Any = None  # noqa: N815 - the wire name
+    object: _PodHead | None = None
+
+
+class _ReviewHead(msgspec.Struct):
+    apiVersion: Any = None  # noqa: N815 - the wire name
+    kind: Any = None
+    request: _RequestHead | None = None
+
+
+# Only the fields the rule reads are decoded; the rest of the pod (its spec can run to
+# megabytes) is skipped without building Python objects for it.
+_HEAD_DECODER = msgspec.json.Decoder(_ReviewHead)
+
+
+def _decode_head(body: bytes) -> dict[str, Any] | None:
+    """The review's document reduced to what the rule reads; ``None`` if its shape is unusual."""
     try:
-        document = orjson.loads(body)
-    except orjson.JSONDecodeError as error:
+        head = _HEAD_DECODER.decode(body)
+    except msgspec.ValidationError:
+        return None
+    except msgspec.DecodeError as error:
         raise BadReview(f"body is not JSON: {error}") from None
+
+    document: dict[str, Any] = {"apiVersion": head.apiVersion, "kind": head.kind}
+    if head.request is not None:
+        request = {
+            field: value
+            for field in _RequestHead.__struct_fields__
+            if field != "object" and (value := getattr(head.request, field)) is not None
+        }
+        pod = head.request.object
+        request["object"] = None if pod is None else {"metadata": pod.metadata}
+        document["request"] = request
+    return document
+
+
+def decode_review(body: bytes) -> Review:
+    """Decode an AdmissionReview, checking only what the answer depends on.
+
+    The request's ``object`` keeps only ``metadata``: all the rule needs to read.
+    """
+    document = _decode_head(body)
+    if document is None:
+        # A shape the fast decoder refuses (an object that is not a JSON object, say) still
+        # gets a considered answer from the general decoder.
+        try:
+            document = orjson.loads(body)
+        except orjson.JSONDecodeError as error:
+            raise BadReview(f"body is not JSON: {error}") from None
 
     if not isinstance(document, dict):
         raise BadReview("body is not an AdmissionReview: expected a JSON object")
