@@ -48,7 +48,7 @@ HEALTHZ_PATH = "/healthz"
 READYZ_PATH = "/readyz"
 METRICS_PATH = "/metrics"
 
-_JSON = (b"content-type", b"application/json")
+_JSON_TYPE = b"application/json"
 _TEXT = (b"content-type", b"text/plain; charset=utf-8")
 _CLOSE = (b"connection", b"close")
 
@@ -179,7 +179,7 @@ class WebhookApp:
                     send, error.status, f"{error}\n".encode(), close=error.close
                 )
                 return
-            await self._respond(send, 200, answer, content_type=_JSON[1])
+            await self._respond(send, 200, answer, content_type=_JSON_TYPE)
             self.metrics.duration.observe(time.perf_counter() - started)
         finally:
             self.metrics.in_flight.dec()
