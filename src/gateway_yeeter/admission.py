@@ -37,6 +37,9 @@ AUDIT_ANNOTATION = "removed-default-routes"
 # kube-apiserver drops warnings longer than this.
 WARNING_LIMIT = 120
 
+# kube-apiserver refuses objects whose annotations, keys and values, total more than this.
+ANNOTATIONS_LIMIT = 256 * 1024
+
 
 class Outcome(StrEnum):
     """What the webhook did with a request, as logged and counted."""
@@ -139,17 +142,25 @@ def _earlier_record(value: Any) -> list[Any]:
     return earlier if isinstance(earlier, list) else []
 
 
-def build_patch(networks: str, record: str) -> bytes:
+def build_patch(networks: str, record: str | None) -> bytes:
     """The JSON Patch for an edited pod, which already has an annotations map to patch into."""
     annotations = "/metadata/annotations/"
-    return orjson.dumps(
-        [
-            {"op": "replace", "path": annotations + _escape_pointer(NETWORKS_ANNOTATION),
-             "value": networks},
+    operations = [
+        {"op": "replace", "path": annotations + _escape_pointer(NETWORKS_ANNOTATION),
+         "value": networks},
+    ]
+    if record is not None:
+        operations.append(
             {"op": "add", "path": annotations + _escape_pointer(REMOVED_ROUTES_ANNOTATION),
-             "value": record},
-        ]
-    )
+             "value": record}
+        )
+    return orjson.dumps(operations)
+
+
+def _annotations_size(annotations: Mapping[str, Any], changes: Mapping[str, str]) -> int:
+    # The API server counts the bytes of every key and value, as the pod will hold them.
+    merged = {**annotations, **changes}
+    return sum(len(key.encode()) + len(str(value).encode()) for key, value in merged.items())
 
 
 def decide(request: AdmissionRequest, policy: Policy) -> Decision:
@@ -186,10 +197,21 @@ def decide(request: AdmissionRequest, policy: Policy) -> Decision:
             return Decision(Outcome.UNCHANGED, "no default-route to remove", reference, pod_kind)
         removed = _record_entries(edit.removed)
         audit = encode_json(removed)
-        record = encode_json(_earlier_record(annotations.get(REMOVED_ROUTES_ANNOTATION)) + removed)
+        record: str | None = encode_json(
+            _earlier_record(annotations.get(REMOVED_ROUTES_ANNOTATION)) + removed
+        )
     except UnparsableNetworks as error:
         return Decision(Outcome.UNPARSABLE, str(error), reference, pod_kind,
                         warnings=(_truncate_warning(f"{error}; left unchanged"),))
+
+    # The record must not be what pushes the pod over the API server's annotation limit: the
+    # pod would be refused, while without the record it is created with its route removed.
+    warnings: tuple[str, ...] = ()
+    changes = {NETWORKS_ANNOTATION: edit.annotation, REMOVED_ROUTES_ANNOTATION: record or ""}
+    if _annotations_size(annotations, changes) > ANNOTATIONS_LIMIT:
+        record = None
+        warnings = (_truncate_warning(
+            f"{REMOVED_ROUTES_ANNOTATION} not written: annotations would exceed 256 KiB"),)
 
     return Decision(
         Outcome.MUTATED,
@@ -198,5 +220,6 @@ def decide(request: AdmissionRequest, policy: Policy) -> Decision:
         pod_kind,
         patch=build_patch(edit.annotation, record),
         removed=edit.removed,
+        warnings=warnings,
         audit_annotations={AUDIT_ANNOTATION: audit},
     )

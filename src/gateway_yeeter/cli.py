@@ -6,6 +6,7 @@ underscores, as Kubernetes components do for their own flags.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import sys
 from collections.abc import Callable
@@ -22,7 +23,7 @@ from gateway_yeeter.admission import Policy, decide
 from gateway_yeeter.config import Limits, ServeSettings, parse_duration
 from gateway_yeeter.logs import configure_logging
 from gateway_yeeter.review import BadReview, decode_review, encode_review
-from gateway_yeeter.targeting import PodKind, SelectorError, Targets
+from gateway_yeeter.targeting import PodKind, SelectorError, Targets, parse_selector
 
 logger = logging.getLogger(__name__)
 
@@ -32,9 +33,18 @@ DEFAULTS = ServeSettings()
 
 
 class Duration(click.ParamType[float]):
-    """A Go-style duration such as ``10s`` or ``500ms``, in seconds."""
+    """A Go-style duration such as ``10s`` or ``500ms`` (a bare number is seconds), in seconds.
+
+    Each flag has bounds: a zero header timeout or reload interval starts a server that drops
+    every connection or spins on the files, and an hour-long shutdown delay outlives any
+    grace period.
+    """
 
     name = "duration"
+
+    def __init__(self, minimum: float, maximum: float) -> None:
+        self.minimum = minimum
+        self.maximum = maximum
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
         if isinstance(value, float):
@@ -43,9 +53,24 @@ class Duration(click.ParamType[float]):
             seconds = parse_duration(str(value))
         except ValueError as error:
             self.fail(str(error), param, ctx)
-        if seconds < 0:
-            self.fail(f"{value!r} is negative", param, ctx)
+        if not self.minimum <= seconds <= self.maximum:
+            self.fail(
+                f"{value!r} is outside {_seconds(self.minimum)} to {_seconds(self.maximum)}",
+                param, ctx,
+            )
         return seconds
+
+
+def _ip(value: str) -> str:
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not an IP address") from None
+    return value
+
+
+def _seconds(value: float) -> str:
+    return f"{value * 1000:g}ms" if 0 < value < 1 else f"{value:g}s"
 
 
 def _option(flag: str, *names: str, **kwargs: Any) -> Callable[[F], F]:
@@ -86,21 +111,25 @@ def build_policy(
     all_cdi_importers: bool,
     only_networks: str,
 ) -> Policy:
-    overrides = {
-        kind: text
-        for kind, text in (
-            (PodKind.VIRT_V2V, virt_v2v_selector),
-            (PodKind.INSPECTION, inspection_selector),
-            (PodKind.CDI_IMPORTER, cdi_importer_selector),
-        )
-        if text
-    }
-    try:
-        targets = Targets.from_text(overrides, every_cdi_importer=all_cdi_importers)
-    except SelectorError as error:
-        raise click.BadParameter(str(error)) from None
+    flags = (
+        (PodKind.VIRT_V2V, virt_v2v_selector, "--virt-v2v-selector"),
+        (PodKind.INSPECTION, inspection_selector, "--inspection-selector"),
+        (PodKind.CDI_IMPORTER, cdi_importer_selector, "--cdi-importer-selector"),
+    )
+    for _, text, flag in flags:
+        if text is not None and not text.strip():
+            raise click.BadParameter("an empty selector would match every pod", param_hint=flag)
+        if text:
+            try:
+                parse_selector(text)
+            except SelectorError as error:
+                raise click.BadParameter(str(error), param_hint=flag) from None
+    overrides = {kind: text for kind, text, _ in flags if text}
+    targets = Targets.from_text(overrides, every_cdi_importer=all_cdi_importers)
 
     networks = [name.strip() for name in only_networks.split(",") if name.strip()]
+    if only_networks.strip() and not networks:
+        raise click.BadParameter(f"{only_networks!r} names no network", param_hint="'--networks'")
     for network in networks:
         if network.count("/") != 1 or network.startswith("/") or network.endswith("/"):
             raise click.BadParameter(
@@ -116,7 +145,8 @@ def main() -> None:
 
 
 @main.command()
-@_option("--bind-address", default="0.0.0.0", help="Address to listen on.")  # noqa: S104
+@_option("--bind-address", default=DEFAULTS.bind_address, callback=lambda _c, _p, value: _ip(value),
+         help="IP address to listen on; :: for IPv6 (and IPv4 where the host allows).")
 @_option("--secure-port", default=8443, type=click.IntRange(0, 65535),
          help="HTTPS port for /mutate, /healthz, /readyz and /metrics (0 picks a free port).")
 @_option("--tls-cert-file", default=str(DEFAULTS.tls_cert_file), type=click.Path(path_type=Path),
@@ -129,18 +159,18 @@ def main() -> None:
 @_option("--self-signed-dir", default=None, type=click.Path(path_type=Path),
          help="Where --self-signed writes ca.crt, tls.crt and tls.key "
               "[default: a private folder under the temp dir].")
-@_option("--cert-reload-interval", default="10s", type=Duration(),
+@_option("--cert-reload-interval", default="10s", type=Duration(0.1, 3600),
          help="How often to check the certificate files for new content.")
-@_option("--shutdown-delay", default="5s", type=Duration(),
+@_option("--shutdown-delay", default="5s", type=Duration(0, 300),
          help="After SIGTERM: time to keep serving, unready and closing connections, before "
               "the listener closes.")
-@_option("--shutdown-timeout", default="15s", type=Duration(),
+@_option("--shutdown-timeout", default="15s", type=Duration(0, 300),
          help="After the listener closes: time for requests in flight to be answered.")
-@_option("--header-timeout", default="10s", type=Duration(),
+@_option("--header-timeout", default="10s", type=Duration(0.1, 300),
          help="Time a connection gets to send complete request headers.")
-@_option("--request-timeout", default="10s", type=Duration(),
+@_option("--request-timeout", default="10s", type=Duration(0.1, 300),
          help="Time to receive a request body (shortened by the URL's ?timeout=).")
-@_option("--idle-timeout", default="120s", type=Duration(),
+@_option("--idle-timeout", default="120s", type=Duration(0.1, 3600),
          help="How long an idle keep-alive connection stays open; keep it above the API "
               "server's 90s.")
 @_option("--max-connections", default=DEFAULTS.limits.max_connections, type=click.IntRange(1),
@@ -177,7 +207,10 @@ def serve(**flags: Any) -> None:
 
 def _read_document(source: str) -> tuple[Any, bool]:
     """Read JSON or YAML from a file or stdin; tell whether it was YAML."""
-    text = sys.stdin.buffer.read() if source == "-" else Path(source).read_bytes()
+    try:
+        text = sys.stdin.buffer.read() if source == "-" else Path(source).read_bytes()
+    except OSError as error:
+        raise click.ClickException(f"cannot read {source}: {error.strerror}") from None
     try:
         return orjson.loads(text), False
     except orjson.JSONDecodeError:

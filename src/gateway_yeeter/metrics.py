@@ -8,8 +8,13 @@ from __future__ import annotations
 
 import datetime
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.platform_collector import PlatformCollector
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+)
 from prometheus_client.process_collector import ProcessCollector
 
 from gateway_yeeter.admission import Outcome
@@ -26,9 +31,10 @@ class Metrics:
     """The webhook's metrics; label values are bound once so the hot path does no lookups."""
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        # The *_created series double the exposition and say only when the process started.
+        disable_created_metrics()  # type: ignore[no-untyped-call]
         self.registry = registry or CollectorRegistry()
         ProcessCollector(namespace=NAMESPACE, registry=self.registry)
-        PlatformCollector(registry=self.registry)
 
         self.requests = Counter(
             "admission_requests",
@@ -83,6 +89,8 @@ class Metrics:
         self._unparsable = {kind: self.unparsable.labels(str(kind)) for kind in PodKind}
         for result in ("success", "failure"):
             self.certificate_reloads.labels(result)
+        for code in ("400", "405", "413"):
+            self.requests.labels("bad_request", code)
 
     def count_decision(self, outcome: Outcome, pod_kind: PodKind | None, removed: int) -> None:
         self._allowed[outcome].inc()

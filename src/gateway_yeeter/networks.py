@@ -71,6 +71,16 @@ _DECODER = json.JSONDecoder(parse_constant=_reject_constant)
 _ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
 
 
+def _json_kind(value: Any) -> str:
+    if isinstance(value, dict):
+        return "object"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, bool) or value is None:
+        return "literal"
+    return "number"
+
+
 def parse_selection(annotation: str) -> list[Any]:
     """Parse a JSON network selection, refusing anything Multus would refuse to read as a list.
 
@@ -80,14 +90,21 @@ def parse_selection(annotation: str) -> list[Any]:
         selection = _DECODER.decode(annotation)
     except json.JSONDecodeError as error:
         raise UnparsableNetworks(
-            f"{NETWORKS_ANNOTATION} is not valid JSON ({error.msg} at {error.pos})"
+            f"{NETWORKS_ANNOTATION} is not valid JSON ({error.msg.removesuffix(' at')}"
+            f" at character {error.pos})"
         ) from None
     except RecursionError:
         raise UnparsableNetworks(f"{NETWORKS_ANNOTATION} is nested too deeply") from None
+    except UnparsableNetworks:
+        raise
+    except ValueError:
+        # Python refuses to convert integers of more than 4300 digits.
+        raise UnparsableNetworks(f"{NETWORKS_ANNOTATION} holds a number too long to read") from None
 
     if not isinstance(selection, list):
-        kind = "an object" if isinstance(selection, dict) else type(selection).__name__
-        raise UnparsableNetworks(f"{NETWORKS_ANNOTATION} is JSON {kind}, not a list")
+        raise UnparsableNetworks(
+            f"{NETWORKS_ANNOTATION} is a JSON {_json_kind(selection)}, not a list"
+        )
 
     return selection
 

@@ -100,7 +100,7 @@ def _decode_head(body: bytes) -> dict[str, Any] | None:
     """The review's document reduced to what the rule reads; ``None`` if its shape is unusual."""
     try:
         head = _HEAD_DECODER.decode(body)
-    except msgspec.ValidationError:
+    except (msgspec.ValidationError, RecursionError):
         return None
     except msgspec.DecodeError as error:
         raise BadReview(f"body is not JSON: {error}") from None
@@ -131,11 +131,17 @@ def decode_review(body: bytes) -> Review:
             document = orjson.loads(body)
         except orjson.JSONDecodeError as error:
             raise BadReview(f"body is not JSON: {error}") from None
+        except RecursionError:
+            raise BadReview("body is nested too deeply to be an AdmissionReview") from None
 
     if not isinstance(document, dict):
         raise BadReview("body is not an AdmissionReview: expected a JSON object")
     if document.get("kind") != "AdmissionReview":
-        raise BadReview(f"body is not an AdmissionReview: kind is {document.get('kind')!r}")
+        kind = document.get("kind")
+        raise BadReview(
+            "body is not an AdmissionReview: "
+            + ("it has no kind" if kind is None else f"kind is {kind!r}")
+        )
     api_version = document.get("apiVersion")
     if api_version not in SUPPORTED_API_VERSIONS:
         raise BadReview(
@@ -147,7 +153,7 @@ def decode_review(body: bytes) -> Review:
     if not isinstance(request, dict):
         raise BadReview("AdmissionReview has no request")
     if not isinstance(request.get("uid"), str) or not request["uid"]:
-        raise BadReview("AdmissionReview request has no uid")
+        raise BadReview("AdmissionReview request has no uid string")
     if not isinstance(request.get("kind"), dict):
         raise BadReview("AdmissionReview request has no kind")
     if not isinstance(request.get("operation"), str):

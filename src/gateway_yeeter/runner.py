@@ -10,7 +10,7 @@ import uvloop
 
 from gateway_yeeter.config import ServeSettings
 from gateway_yeeter.metrics import Metrics
-from gateway_yeeter.server import serve
+from gateway_yeeter.server import bind, serve
 from gateway_yeeter.tls import CertificateError, ServingCertificate, load_pair, write_self_signed
 
 logger = logging.getLogger(__name__)
@@ -63,7 +63,16 @@ def run_server(settings: ServeSettings) -> int:
         ",".join(certificate.subject_names) or "(none)",
         certificate.not_after.isoformat(),
     )
+    try:
+        listener = bind(settings)
+    except OSError as error:
+        logger.error(
+            "cannot start: cannot listen on %s port %d (--bind-address, --secure-port): %s",
+            settings.bind_address, settings.secure_port, error.strerror,
+        )
+        return EXIT_CONFIGURATION
+
     timeout = settings.limits.header_timeout
     with asyncio.Runner(loop_factory=lambda: WebhookLoop(timeout)) as runner:
-        runner.run(serve(settings, certificate, Metrics()))
+        runner.run(serve(settings, certificate, Metrics(), listener))
     return 0

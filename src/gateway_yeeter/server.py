@@ -122,6 +122,7 @@ class WebhookApp:
         path, method = scope["path"], scope["method"]
         if path == MUTATE_PATH:
             if method != "POST":
+                self.metrics.count_bad_request(405)
                 await self._respond(send, 405, b"use POST\n", extra=((b"allow", b"POST"),))
                 return
             await self._mutate(scope, receive, send)
@@ -369,9 +370,11 @@ class WebhookProtocol(HttpToolsProtocol):
     def _refuse_headers(self) -> None:
         logger.warning("closing connection from %s: request headers too large", self.client)
         self._cancel_header_timer()
+        reason = f"request headers over {self.max_header_bytes} bytes\n".encode()
         self.transport.write(
             b"HTTP/1.1 431 Request Header Fields Too Large\r\n"
-            b"content-length: 0\r\nconnection: close\r\n\r\n"
+            b"content-type: text/plain; charset=utf-8\r\n"
+            b"content-length: %d\r\nconnection: close\r\n\r\n%s" % (len(reason), reason)
         )
         self.transport.close()
 
@@ -440,7 +443,7 @@ class WebhookServer(uvicorn.Server):
             self.state.listening = True
             # Report the bound port, which differs from the flag when that was 0.
             host, port = self.servers[0].sockets[0].getsockname()[:2]
-            logger.info("listening on https://%s:%d", host, port)
+            logger.info("listening on https://%s:%d", f"[{host}]" if ":" in host else host, port)
 
 
 def build_server(
@@ -493,14 +496,30 @@ def build_server(
     return WebhookServer(config, state=state, settings=settings), watcher
 
 
+def bind(settings: ServeSettings) -> socket.socket:
+    """The listening socket, bound before anything starts so a taken port is a clear error.
+
+    ``::`` listens on IPv6 and, where the host allows, on IPv4 as well.
+    """
+    address = settings.bind_address
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    every_family = address == "::" and socket.has_dualstack_ipv6()
+    return socket.create_server(
+        (address, settings.secure_port), family=family, backlog=2048, dualstack_ipv6=every_family
+    )
+
+
 async def serve(
-    settings: ServeSettings, certificate: ServingCertificate, metrics: Metrics
+    settings: ServeSettings,
+    certificate: ServingCertificate,
+    metrics: Metrics,
+    listener: socket.socket,
 ) -> None:
-    """Serve until a signal has drained the server."""
+    """Serve on ``listener`` until a signal has drained the server."""
     server, watcher = build_server(settings, certificate, metrics)
     watch = asyncio.create_task(watcher.run()) if watcher is not None else None
     try:
-        await server.serve()
+        await server.serve(sockets=[listener])
     finally:
         if watch is not None:
             watch.cancel()

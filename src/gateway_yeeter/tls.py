@@ -93,8 +93,11 @@ def load_pair(cert_file: Path, key_file: Path) -> ServingCertificate:
     try:
         context.load_cert_chain(cert_file, key_file)
     except ssl.SSLError as error:
+        # OpenSSL names the fault (KEY_VALUES_MISMATCH, a PEM that is no key, ...) in reason
+        # when it can; otherwise the library and the message are all there is.
+        fault = error.reason or error.library or str(error)
         raise CertificateError(
-            f"{cert_file} and {key_file} are not a matching certificate and key: {error.reason}"
+            f"{cert_file} and {key_file} are not a matching certificate and key ({fault})"
         ) from None
     except OSError as error:
         raise CertificateError(f"cannot load {cert_file}: {error.strerror}") from None
@@ -285,9 +288,14 @@ def issue_serving_certificate(
 
 def write_self_signed(directory: Path | None = None) -> SelfSignedFiles:
     """Generate a CA and a pair for local and in-cluster names; write them for curl to trust."""
-    if directory is None:
-        directory = Path(tempfile.gettempdir()) / f"gateway-yeeter-{os.getuid()}"
-    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    # A new private folder per start unless one is named: a shared one would let a second
+    # server replace the CA the first one's log pointed at.
+    try:
+        if directory is None:
+            directory = Path(tempfile.mkdtemp(prefix="gateway-yeeter-"))
+        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except OSError as error:
+        raise CertificateError(f"cannot create {directory}: {error.strerror}") from None
 
     authority = issue_certificate_authority("gateway-yeeter self-signed CA")
     chain, key = issue_serving_certificate(authority, (*LOCAL_NAMES, *SERVICE_NAMES))
@@ -297,10 +305,13 @@ def write_self_signed(directory: Path | None = None) -> SelfSignedFiles:
         cert_file=directory / "tls.crt",
         key_file=directory / "tls.key",
     )
-    files.ca_file.write_bytes(authority[0].public_bytes(serialization.Encoding.PEM))
-    files.cert_file.write_bytes(chain)
-    # The key is private to this user even when the directory already existed.
-    descriptor = os.open(files.key_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(descriptor, "wb") as stream:
-        stream.write(key)
+    try:
+        files.ca_file.write_bytes(authority[0].public_bytes(serialization.Encoding.PEM))
+        files.cert_file.write_bytes(chain)
+        # The key is private to this user even when the directory already existed.
+        descriptor = os.open(files.key_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(descriptor, "wb") as stream:
+            stream.write(key)
+    except OSError as error:
+        raise CertificateError(f"cannot write to {directory}: {error.strerror}") from None
     return files

@@ -236,6 +236,13 @@ def test_a_mismatched_pair_stops_start_up(tmp_path: Path, authority: Authority) 
         (["--cdi-importer-selector", "app in ()"], {}, "needs values"),
         (["--networks", "just-a-name"], {}, "is not namespace/name"),
         (["--log-format", "xml"], {}, "--log-format"),
+        (["--header-timeout", "0s"], {}, "outside 100ms to 300s"),
+        (["--cert-reload-interval", "0"], {}, "--cert-reload-interval"),
+        (["--shutdown-delay", "1h"], {}, "outside 0s to 300s"),
+        (["--bind-address", "999.1.1.1"], {}, "not an IP address"),
+        (["--networks", ","], {}, "names no network"),
+        (["--virt-v2v-selector", " "], {}, "--virt-v2v-selector"),
+        (["--inspection-selector", "a in b"], {}, "--inspection-selector"),
     ],
 )
 def test_bad_flags_stop_start_up_with_a_clear_error(
@@ -275,3 +282,39 @@ def test_self_signed_mode_writes_a_ca_that_trusts_the_server(tmp_path: Path) -> 
 
     assert local.status_code == 200
     assert in_cluster.status_code == 200
+
+
+def test_a_port_in_use_stops_start_up_naming_the_flags(
+    start_webhook: StartWebhook, secret_volume: SecretVolume
+) -> None:
+    running = start_webhook()
+
+    result = run_serve("--bind-address", "127.0.0.1", "--secure-port", str(running.port),
+                       "--tls-cert-file", str(secret_volume.cert_file),
+                       "--tls-private-key-file", str(secret_volume.key_file))
+
+    assert result.returncode == 2
+    assert "cannot listen on 127.0.0.1 port" in result.stderr
+    assert "--secure-port" in result.stderr
+
+
+def test_an_unwritable_self_signed_folder_stops_start_up(tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+
+    result = run_serve("--self-signed", "--self-signed-dir", str(blocker / "certs"))
+
+    assert result.returncode == 2
+    assert "cannot create" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_a_body_nested_too_deeply_gets_400(webhook: httpx.Client) -> None:
+    body = b'{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":' + (
+        b"[" * 5000 + b"]" * 5000 + b"}"
+    )
+
+    response = post_review(webhook, body)
+
+    assert response.status_code == 400
+    assert "Traceback" not in webhook.process.log()  # type: ignore[attr-defined]

@@ -268,3 +268,18 @@ def test_removed_gateways_are_recorded_exactly_as_they_were() -> None:
     assert patched["metadata"]["annotations"][REMOVED_ROUTES_ANNOTATION] == (
         '[{"network":"vm-migrations/t","default-route":[123456789012345678901234567890,"é"]}]'
     )
+
+
+def test_the_record_is_left_out_when_it_would_push_annotations_over_the_limit() -> None:
+    element = '{"name":"transfer-l2","namespace":"openshift-mtv","default-route":["192.168.50.1"]}'
+    pod = virt_v2v_pod("[" + ",".join([element] * 3000) + "]")
+    assert len(pod["metadata"]["annotations"][NETWORKS]) < 256 * 1024
+
+    patched, decision = answer_for(pod)
+
+    annotations = patched["metadata"]["annotations"]
+    assert "default-route" not in annotations[NETWORKS]
+    assert REMOVED_ROUTES_ANNOTATION not in annotations
+    assert sum(len(k.encode()) + len(v.encode()) for k, v in annotations.items()) <= 256 * 1024
+    assert "not written" in decision.warnings[0]
+    assert len(decision.warnings[0]) < 120

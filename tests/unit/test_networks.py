@@ -105,14 +105,18 @@ def test_leaves_selections_without_a_default_route_alone(annotation: str) -> Non
     ("annotation", "message"),
     [
         pytest.param('[{"name":"a",', "not valid JSON", id="truncated"),
-        pytest.param('{"name":"a","default-route":["10.0.0.1"]}', "JSON an object, not a list",
+        pytest.param('{"name":"a","default-route":["10.0.0.1"]}', "a JSON object, not a list",
                      id="bare-object"),
-        pytest.param('"default-route"', "JSON str, not a list", id="string"),
+        pytest.param('"default-route"', "a JSON string, not a list", id="string"),
         pytest.param('[{"name":"a","default-route":NaN}]', "NaN, which is not JSON", id="nan"),
         pytest.param('[{"name":"a","default-route":[],"f":1e999}]', "cannot be written back",
                      id="float-overflow"),
         pytest.param('[{"name":"a","default-route":[],"s":"\\ud800"}]', "cannot be written back",
                      id="lone-surrogate"),
+        pytest.param('[{"x":' + "9" * 5000 + ',"default-route":[]}]', "number too long",
+                     id="integer-too-long-to-convert"),
+        pytest.param('[{"name":"a\x01"}]', "Invalid control character at character",
+                     id="control-character"),
     ],
 )
 def test_refuses_json_multus_cannot_read_as_a_list(annotation: str, message: str) -> None:
