@@ -5,11 +5,12 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 venv=.venv
-if [ ! -x "$venv/bin/gateway-yeeter" ]; then
+if [ ! -x "$venv/bin/python" ]; then
   python3 -m venv "$venv"
   "$venv/bin/pip" install --quiet --upgrade pip
-  "$venv/bin/pip" install --quiet -e .
 fi
+# Quick when nothing changed; picks up new dependencies after a pull.
+"$venv/bin/pip" install --quiet -e .
 
 exec "$venv/bin/gateway-yeeter" serve --self-signed --self-signed-dir .local/certs \
   --bind-address 127.0.0.1 "$@"
