@@ -1,9 +1,11 @@
 """The HTTPS server: routes, the admission endpoint, and a shutdown that drops no request.
 
-uvicorn (with httptools and uvloop) does the HTTP work. Two things it does not do the way a
-webhook needs are added here, in a protocol subclass and a server subclass:
+uvicorn (with httptools and uvloop) does the HTTP work. What it does not do the way a webhook
+needs is added here, in a protocol subclass and a server subclass:
 
-- a deadline for request headers, so a client that trickles bytes cannot hold a connection;
+- deadlines for request headers and bodies, so a client that trickles bytes cannot hold a
+  connection, and a cap on header size;
+- one write per response instead of one for the head and one for the body;
 - a drain on SIGTERM that keeps serving for a delay while telling every client to reconnect
   elsewhere (``Connection: close``), then closes the listener but still answers requests on
   connections that were accepted and have not sent their request yet. uvicorn's own shutdown
