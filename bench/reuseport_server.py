@@ -8,7 +8,6 @@ the one ``serve`` builds, with its own certificate, metrics and logs; only the s
 from __future__ import annotations
 
 import argparse
-import asyncio
 import socket
 from pathlib import Path
 
@@ -18,7 +17,7 @@ from gateway_yeeter.config import ServeSettings
 from gateway_yeeter.logs import configure_logging
 from gateway_yeeter.metrics import Metrics
 from gateway_yeeter.runner import load_certificate
-from gateway_yeeter.server import build_server
+from gateway_yeeter.server import serve
 
 
 def shared_socket(address: str, port: int) -> socket.socket:
@@ -29,17 +28,6 @@ def shared_socket(address: str, port: int) -> socket.socket:
     listener.listen(1024)
     listener.setblocking(False)
     return listener
-
-
-async def serve_on(listener: socket.socket, settings: ServeSettings) -> None:
-    certificate = load_certificate(settings)
-    server, watcher = build_server(settings, certificate, Metrics())
-    watch = asyncio.create_task(watcher.run()) if watcher is not None else None
-    try:
-        await server.serve(sockets=[listener])
-    finally:
-        if watch is not None:
-            watch.cancel()
 
 
 def main() -> None:
@@ -58,7 +46,9 @@ def main() -> None:
         tls_private_key_file=arguments.tls_private_key_file,
         shutdown_delay=0.0,
     )
-    uvloop.run(serve_on(shared_socket(settings.bind_address, arguments.port), settings))
+    certificate = load_certificate(settings)
+    listener = shared_socket(settings.bind_address, arguments.port)
+    uvloop.run(serve(settings, certificate, Metrics(), listener))
 
 
 if __name__ == "__main__":
